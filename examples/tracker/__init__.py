@@ -1,0 +1,1 @@
+"""Reference DiffusionIntentTracker pipeline: data, model and training (not part of ditblocks)."""

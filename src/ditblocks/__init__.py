@@ -1,0 +1,1 @@
+"""ditblocks: DiT conditioning blocks for diffusion over point tracks and hand poses."""
