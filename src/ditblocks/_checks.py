@@ -51,6 +51,4 @@ def check_bool_mask(
         )
     if tuple(mask.shape) not in {tuple(shape) for shape in shapes}:
         expected = " or ".join(str(tuple(shape)) for shape in shapes)
-        raise ValueError(
-            f"{name} must have shape {layout} = {expected}, got {tuple(mask.shape)}."
-        )
+        raise ValueError(f"{name} must have shape {layout} = {expected}, got {tuple(mask.shape)}.")

@@ -225,7 +225,10 @@ class Attention(nn.Module):
             check_bool_mask(key_padding_mask, "key_padding_mask", [(batch, keys)], "(B, S)")
         if attn_mask is not None:
             check_bool_mask(
-                attn_mask, "attn_mask", [(length, keys), (batch, length, keys)], "(L, S) or (B, L, S)"
+                attn_mask,
+                "attn_mask",
+                [(length, keys), (batch, length, keys)],
+                "(L, S) or (B, L, S)",
             )
         return batch, length, keys
 

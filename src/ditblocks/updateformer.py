@@ -59,7 +59,9 @@ class DiTUpdateLayer(nn.Module):
             **factory,
         }
         self.cross_block = DiTCrossAttnBlock(hidden_size, context_dim, num_heads, **options)
-        self.space_block = DiTAttnBlock(hidden_size, num_heads, **options) if add_space_attn else None
+        self.space_block = (
+            DiTAttnBlock(hidden_size, num_heads, **options) if add_space_attn else None
+        )
         self.time_block = DiTAttnBlock(hidden_size, num_heads, **options)
 
     def forward(
