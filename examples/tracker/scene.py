@@ -43,7 +43,7 @@ HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
 
 TABLE_HALF_SIZE = (0.36, 0.26)
 CAMERA_NAME = "overhead"
-HAND_HOME = (0.0, -0.05, 0.13)
+HAND_HOME = (0.0, 0.17, 0.15)
 # Half sizes (x, y, z) of each finger plate; the fingers squeeze along the hand's local x.
 FINGER_HALF_SIZE = (0.008, 0.022, 0.030)
 FINGER_MAX_OPENING = 0.06
