@@ -53,7 +53,8 @@ def timestep_embedding(t: Timesteps, dim: int, max_period: float = 10000.0) -> t
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     if dim % 2:
-        embedding = torch.cat([embedding, torch.zeros_like(embedding[..., :1])], dim=-1)
+        padding = embedding.new_zeros(*embedding.shape[:-1], 1)
+        embedding = torch.cat([embedding, padding], dim=-1)
     return embedding
 
 
