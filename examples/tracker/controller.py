@@ -1,8 +1,8 @@
 """Task planning and the scripted gripper controller for the tabletop episodes.
 
 A plan is a list of keyframes for the mocap hand (position, yaw, finger opening) at fractions
-of the episode horizon; the controller eases between them. Objects move only through contacts
-with the fingers, never by setting their pose.
+of the episode horizon, and the controller eases between them. Objects move only through
+contacts with the fingers, never by setting their pose.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Keyframe:
 
 @dataclass(frozen=True)
 class Task:
-    """A planned task: what the instruction says and how the hand executes it.
+    """A planned task: what the instruction requests and how the hand executes it.
 
     Attributes:
         intent: One of `instructions.INTENTS`.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .h5format import EPISODES_GROUP, FileInfo, list_episode_files, validate_file
+from .h5format import EPISODES_GROUP, list_episode_files, validate_file
 
 __all__ = ["UNKNOWN_OBJECT", "EpisodeDataset", "collate_episodes"]
 
@@ -28,12 +27,17 @@ UNKNOWN_OBJECT = -3
 class EpisodeDataset(Dataset):
     """Episodes of point tracks and hand poses with the first frame and the instruction.
 
-    Each item is a dict with "frames" (3, H, W) float32 in [0, 1], "query_coords" (N, 2) pixels
-    at step 0 (x right, y down, origin top-left), "track_disp" (N, T+1, 2) displacement from
-    step 0, "visibility" (N, T+1) bool, "point_object" (N,) int64, "target_object" () int64,
-    "instruction", "alt_instruction" and "episode" strings, and when the files have them
-    "depth" (1, H, W) metres (only with `load_depth=True`), "hand_uvd" (P, T+1, 3) and
-    "hand_rot6d" (P, T+1, 6).
+    Each item is a dict with these entries (pixels: x right, y down, origin top-left):
+
+    - "frames": (3, H, W) float32 RGB in [0, 1], the frame at step 0.
+    - "query_coords": (N, 2) float32 pixel positions at step 0.
+    - "track_disp": (N, T+1, 2) float32 displacement from step 0 in pixels.
+    - "visibility": (N, T+1) bool.
+    - "point_object": (N,) int64 object index, -1 table, -2 hand, -3 unknown.
+    - "target_object": () int64 index of the object the instruction names, -1 unknown.
+    - "instruction", "alt_instruction", "episode": strings.
+    - "depth": (1, H, W) float32 metres, only with `load_depth=True` and files that have it.
+    - "hand_uvd" (P, T+1, 3) and "hand_rot6d" (P, T+1, 6) float32, when the files have them.
 
     Args:
         path: An HDF5 file or a directory of `*.h5` files in the track-episode format.
@@ -209,8 +213,3 @@ def collate_episodes(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [item[key] for item in batch]
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
-
-
-def file_infos(path: str | os.PathLike[str]) -> list[FileInfo]:
-    """Validate a file or directory and return one description per file."""
-    return [validate_file(f) for f in list_episode_files(Path(path))]

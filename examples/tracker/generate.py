@@ -5,7 +5,7 @@ Run from examples/ (or through examples/generate_episodes.py):
     python -m tracker.generate --out ../data/episodes --workers 2
 
 Each episode: a scene of 3 to 5 objects, an instruction, and the scripted gripper executing it
-through real contacts. The record holds the first frame (RGB and depth), the 2D tracks of N query
+through real contacts. The record contains the first frame (RGB and depth), the 2D tracks of N query
 points over T + 1 steps with visibility from a depth test, the hand's image-plane position,
 depth and 6D rotation, and the camera. docs/hdf5-format.md describes the fields.
 """
@@ -39,8 +39,8 @@ class EpisodeConfig:
         num_steps: T; tracks have T + 1 slots, slot 0 being the observed frame.
         num_points: N query points per episode.
         step_seconds: Simulated seconds between two track slots.
-        min_objects: Fewest objects in a scene.
-        max_objects: Most objects in a scene.
+        min_objects: Minimum number of objects in a scene.
+        max_objects: Maximum number of objects in a scene.
     """
 
     image_size: int = 128

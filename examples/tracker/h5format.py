@@ -1,6 +1,6 @@
 """HDF5 track-episode format: names, writer and validation.
 
-One file holds one split. The file attributes describe the whole file, and each episode is a
+Each file contains one split. The file attributes describe the whole file, and each episode is a
 group under `/episodes`. docs/hdf5-format.md describes every field; the constants below are
 the single source of the names, shapes and dtypes that the writer and the validator use.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,12 +375,3 @@ def _read(where: str, key: str, dataset: h5py.Dataset) -> np.ndarray:
         raise EpisodeFormatError(
             f"{where}, field '{key}': cannot read (truncated or corrupt file?): {err}"
         ) from err
-
-
-def read_episode_names(files: Iterable[Path]) -> list[tuple[Path, str]]:
-    """List (file, episode name) pairs of already-validated files, in order."""
-    pairs = []
-    for path in files:
-        with h5py.File(path, "r") as handle:
-            pairs.extend((path, name) for name in handle[EPISODES_GROUP])
-    return pairs

@@ -24,7 +24,7 @@ __all__ = [
     "sample_objects",
 ]
 
-# Clearly separated hues, so that a 128x128 frame still tells them apart.
+# Clearly separated hues, so that a 128x128 frame still distinguishes them.
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.08, 0.08),
     "green": (0.10, 0.65, 0.15),
@@ -146,7 +146,7 @@ def build_scene_xml(objects: list[ObjectSpec], image_size: int) -> str:
     """Write the MJCF model of one scene.
 
     Args:
-        objects: Objects to place; body `obj{i}` holds object i.
+        objects: Objects to place; body `obj{i}` contains object i.
         image_size: Side of the square offscreen buffer in pixels.
 
     Returns:
@@ -156,6 +156,8 @@ def build_scene_xml(objects: list[ObjectSpec], image_size: int) -> str:
     hx, hy = TABLE_HALF_SIZE
     fx, fy, fz = FINGER_HALF_SIZE
     home = " ".join(str(v) for v in HAND_HOME)
+    # The gripper is a free body welded to a mocap target. A mocap body itself has no velocity
+    # in the solver, so friction could never carry a grasped object along with it.
     buffer = max(image_size, 64)
     return f"""
 <mujoco model="tabletop">

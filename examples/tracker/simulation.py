@@ -46,6 +46,8 @@ def simulate_episode(seed: int, split: str, config: Any) -> dict[str, Any]:
     instruction = describe_task(rng, task, objects, heldout)
     alt_instruction, alt_target = alternative_instruction(rng, task, objects, heldout)
 
+    # NOTE: a new Renderer (GL context and uploads) per episode is an estimated half of the
+    # episode's CPU time; sharing one context per worker process would cut it.
     renderer = mujoco.Renderer(model, config.image_size, config.image_size)
     try:
         camera = _camera(model, data, config.image_size)

@@ -84,13 +84,16 @@ def test_round_trip_returns_written_values(episode_file: Path) -> None:
 def test_item_dtypes_and_shapes_follow_contract(episode_file: Path) -> None:
     item = EpisodeDataset(episode_file, load_depth=True)[0]
 
-    assert item["frames"].dtype == torch.float32 and item["frames"].shape == (3, *SIZE)
-    assert item["depth"].dtype == torch.float32 and item["depth"].shape == (1, *SIZE)
+    assert item["frames"].dtype == torch.float32
+    assert item["frames"].shape == (3, *SIZE)
+    assert item["depth"].dtype == torch.float32
+    assert item["depth"].shape == (1, *SIZE)
     assert item["query_coords"].dtype == torch.float32
     assert item["track_disp"].shape == (POINTS, STEPS + 1, 2)
     assert item["visibility"].dtype == torch.bool
     assert item["point_object"].dtype == torch.int64
-    assert item["target_object"].dtype == torch.int64 and item["target_object"].dim() == 0
+    assert item["target_object"].dtype == torch.int64
+    assert item["target_object"].dim() == 0
     assert item["hand_uvd"].shape == (1, STEPS + 1, 3)
     assert item["hand_rot6d"].shape == (1, STEPS + 1, 6)
     assert (item["track_disp"][:, 0] == 0).all()
@@ -135,7 +138,8 @@ def test_color_jitter_keeps_tracks_and_range(episode_file: Path) -> None:
 
     assert torch.equal(plain["track_disp"], jittered["track_disp"])
     assert not torch.equal(plain["frames"], jittered["frames"])
-    assert jittered["frames"].min() >= 0 and jittered["frames"].max() <= 1
+    assert jittered["frames"].min() >= 0
+    assert jittered["frames"].max() <= 1
 
 
 def test_directory_reads_every_file(tmp_path: Path) -> None:
