@@ -201,7 +201,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------------------------
 
 
-def test_import_without_transformers_then_construct_names_extra() -> None:
+def test_construct_without_transformers_names_extra() -> None:
     result = run_python(
         """
         import importlib.abc
@@ -235,7 +235,7 @@ def test_import_without_transformers_then_construct_names_extra() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "transformers imported: False" in result.stdout
-    assert 'ImportError: TextConditioner needs' in result.stdout
+    assert "ImportError: TextConditioner needs" in result.stdout
     assert 'pip install "ditblocks[text]"' in result.stdout
 
 
@@ -814,6 +814,29 @@ def test_cache_cleared_on_dtype_or_device_change(conditioner: TextConditioner) -
     conditioner.to("meta")
     assert conditioner.cache_info().size == 0
     assert conditioner.encoder.device.type == "meta"
+
+
+def test_inference_mode_cache_then_backward(conditioner: TextConditioner) -> None:
+    # Validation sampling under inference_mode fills the cache before training resumes.
+    with torch.inference_mode():
+        conditioner.encode([SHORT, LONG])
+    tokens, _ = conditioner.encode([SHORT, LONG])
+    tokens.sum().backward()
+
+    assert conditioner.cache_info().hits == 2
+    assert conditioner.projection.weight.grad.abs().sum() > 0
+
+
+def test_deepcopy_keeps_checkpoint_behaviour(conditioner: TextConditioner) -> None:
+    # EMA helpers deep-copy the model; the copy's hooks must follow the copy's options.
+    ema = copy.deepcopy(conditioner)
+    conditioner.save_encoder = True
+
+    assert set(ema.state_dict()) == {"null_token", "projection.weight", "projection.bias"}
+    assert len(conditioner.state_dict()) > 3
+    expected, _ = conditioner.encode([SHORT])
+    actual, _ = ema.encode([SHORT])
+    torch.testing.assert_close(actual, expected)
 
 
 @settings(max_examples=10, deadline=None)

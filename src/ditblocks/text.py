@@ -1,7 +1,7 @@
 """Text conditioning: a frozen pretrained text encoder, a trainable projection and a null token.
 
-The encoder is UMT5 by default (multilingual, trained on imperative text in over 100
-languages), T5 or any encoder-only Hugging Face model (BERT-like). It needs the ``text`` extra
+The encoder is UMT5 by default (a multilingual T5 variant), T5 or any encoder-only Hugging
+Face model (BERT-like). It needs the ``text`` extra
 (``pip install "ditblocks[text]"``); this module imports transformers only when a
 ``TextConditioner`` is built, so ``import ditblocks`` works without it.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-__all__ = ["UMT5_SIZES", "TextCacheInfo", "TextConditioner", "UMT5Size"]
+__all__ = ["UMT5_SIZES", "FrozenTextEncoder", "TextCacheInfo", "TextConditioner", "UMT5Size"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class TextConditioner(nn.Module):
     A frozen pretrained encoder turns each instruction into one feature vector per token. A
     trainable projection (``nn.Linear`` when the encoder width differs from ``hidden_size``,
     ``nn.Identity`` otherwise) maps them to the model width. A trainable null token of shape
-    ``(1, 1, hidden_size)`` stands in for the text in the unconditional branch of
-    classifier-free guidance.
+    ``(1, 1, hidden_size)`` replaces the text in the unconditional branch of classifier-free
+    guidance.
 
     The encoder is loaded by class from its config: ``UMT5EncoderModel`` for ``umt5``,
     ``T5EncoderModel`` for ``t5``, ``MT5EncoderModel`` for ``mt5`` and ``AutoModel`` for any
@@ -72,9 +72,9 @@ class TextConditioner(nn.Module):
         module calls ``.train()``, and it runs under ``torch.no_grad()``. It keeps computing in
         ``encoder_dtype`` (float32 or bfloat16) after ``.half()``, ``.to(dtype)`` or
         ``.bfloat16()`` of a parent, and float16 autocast is disabled around it, because
-        T5-family encoders overflow in float16 and return inf or NaN. Only device moves reach
-        it. ``Module.apply`` from a parent skips it, so weight initialisers such as DiT's
-        ``initialize_weights`` do not overwrite the pretrained weights.
+        T5-family encoders can overflow in float16 and return inf or NaN. Only device moves
+        reach it. ``Module.apply`` from a parent skips it, so a weight initialiser run as
+        ``model.apply(init_fn)`` does not overwrite the pretrained weights.
 
     Checkpoints:
         With ``save_encoder=False`` (the default) ``state_dict()`` leaves out the encoder
@@ -163,9 +163,9 @@ class TextConditioner(nn.Module):
         _check_constructor_args(hidden_size, max_length, cache_size, encoder_dtype, dtype)
 
         if (tokenizer is None) != (encoder is None):
-            given = "tokenizer" if tokenizer is not None else "encoder"
+            provided = "tokenizer" if tokenizer is not None else "encoder"
             raise ValueError(
-                f"tokenizer and encoder must be given together, got only {given}. Pass both "
+                f"tokenizer and encoder must be given together, got only {provided}. Pass both "
                 "to use your own objects, or neither to load them from model_name_or_path."
             )
         if tokenizer is None:
@@ -218,8 +218,8 @@ class TextConditioner(nn.Module):
         """Encode a batch of instructions into projected tokens and a key-padding mask.
 
         Args:
-            texts: A list or tuple of B strings. Empty strings are allowed: they keep the
-                tokenizer's special tokens, at least one attended token.
+            texts: A list or tuple of B strings. Empty strings are allowed; T5 and BERT
+                tokenizers still give them their special tokens, which are attended.
             drop: Optional ``(B,)`` bool tensor. Where True, the sample's text is replaced by
                 the null token at position 0 with every other position masked, as in
                 per-sample text dropout for classifier-free guidance. Dropped texts are not
@@ -238,8 +238,8 @@ class TextConditioner(nn.Module):
         """
         texts = _check_texts(texts)
         dropped = _check_drop(drop, len(texts))
-        kept = [text for text, is_dropped in zip(texts, dropped, strict=True) if not is_dropped]
-        features = self._lookup(kept)
+        kept_texts = [t for t, is_dropped in zip(texts, dropped, strict=True) if not is_dropped]
+        features = self._lookup(kept_texts)
 
         # A dropped sample gets one zero row here; its position 0 becomes the null token below.
         placeholder = torch.zeros(
@@ -303,7 +303,7 @@ class TextConditioner(nn.Module):
         )
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
-        # Module.to, .half, .cuda and friends all end here. Cached outputs live on the
+        # Module.to, .half, .cuda and the other casts call _apply. Cached outputs live on the
         # encoder's device, so they are dropped when the device or the parameter dtype changes.
         before = (self.encoder.device, self.null_token.dtype)
         result = super()._apply(fn, recurse)
@@ -414,6 +414,8 @@ class FrozenTextEncoder(nn.Module):
         return super().train(False)
 
     def apply(self, fn: Callable[[nn.Module], None]) -> FrozenTextEncoder:
+        # NOTE: only initialisers that go through Module.apply are kept out. One that loops
+        # over parent.modules() itself still reaches the encoder's Linear layers.
         return self
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
@@ -547,7 +549,7 @@ def _check_texts(texts: object) -> list[str]:
     if not isinstance(texts, (list, tuple)):
         raise TypeError(f"texts must be a list or tuple of str, got {type(texts).__name__}.")
     if not texts:
-        raise ValueError("texts is empty; pass at least one instruction (it may be '').")
+        raise ValueError("texts is empty. Pass at least one instruction (it may be '').")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(
@@ -592,8 +594,8 @@ def _fill_missing_encoder_entries(
     prefix: str,
     *args: Any,
 ) -> None:
-    # A checkpoint saved with save_encoder=False has no encoder entries: the encoder loaded
-    # at construction stays. A checkpoint with only some encoder entries is left alone, so
+    # A checkpoint saved with save_encoder=False has no encoder entries, so the encoder loaded
+    # at construction is kept. A checkpoint with only some encoder entries is left alone, so
     # strict loading reports the missing ones.
     encoder_prefix = prefix + "encoder."
     if any(key.startswith(encoder_prefix) for key in state_dict):
