@@ -2,7 +2,8 @@
 
 Every fenced block that opens with ```python in docs/**/*.md and README.md is executed. The
 blocks of one page run in order in one namespace, so a later block may use the names of an
-earlier one, and each page runs in a temporary working directory.
+earlier one. Each page runs in a temporary working directory, with examples/ on sys.path so
+that the tracker pages can import the example package `tracker`.
 
 A block that needs network access or a long training run can opt out with an HTML comment on
 the line right before its opening fence, which the rendered page does not show:
@@ -117,6 +118,8 @@ PAGES_WITH_CODE = [
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=_page_id)
 def test_docs_page_python_blocks_run(page: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # The tracker pages import the example package `tracker`, which lives in examples/.
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "examples"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     blocks = extract_python_blocks(page, page.read_text(encoding="utf-8"))
