@@ -816,7 +816,7 @@ def test_pinned_values_exact(seed, scheduler_name, guided):
     for step_sample in intermediates:
         assert torch.equal(step_sample[known_mask], known[known_mask])
     if scheduler_name in ("ddim", "dpmsolver", "flow"):
-        # These schedulers feed the sample to the model unscaled, so the model receives known values.
+        # These schedulers pass the sample to the model unscaled, so it receives the known values.
         for model_input in recorder.inputs:
             for half in model_input.split(BATCH):
                 assert torch.equal(half[known_mask], known[known_mask])
