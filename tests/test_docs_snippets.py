@@ -210,5 +210,5 @@ def test_docs_skip_markers_are_rare() -> None:
     ]
     skipped = [f"{_page_id(block.path)}:{block.line}" for block in blocks if block.skip_reason]
 
-    # Most examples must really run; a page full of skipped blocks tests nothing.
+    # Most examples must really run, because a page full of skipped blocks tests nothing.
     assert len(skipped) <= len(blocks) // 3, f"too many skipped blocks: {skipped}"
