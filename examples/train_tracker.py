@@ -3,14 +3,15 @@
 With no arguments the script uses examples/configs/train_tracker.yaml: it generates the MuJoCo
 episodes into data/episodes when they are missing, trains the CPU demo model, evaluates it,
 draws pictures and saves the model under outputs/train_tracker. It runs unchanged under
-``accelerate launch`` on several processes or GPUs.
+``accelerate launch`` on GPUs and under ``torchrun`` on several CPU processes (gloo backend).
 
 Examples:
     python examples/train_tracker.py
     python examples/train_tracker.py --config examples/configs/train_tracker_cfg.yaml
     python examples/train_tracker.py train.max_steps=200 train.batch_size=16
     python examples/train_tracker.py --resume
-    accelerate launch --num_processes 2 --cpu examples/train_tracker.py
+    accelerate launch --multi_gpu --num_processes 2 examples/train_tracker.py
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 examples/train_tracker.py
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 import yaml
@@ -45,6 +46,7 @@ from .checkpoints import (
 from .config import TrainConfig, config_to_dict, save_config
 from .dataset import EpisodeDataset, collate_episodes
 from .evaluate import evaluate_with_guidance_sweep
+from .h5format import EPISODES_GROUP
 from .metrics_log import MetricsLogger
 from .normalizer import Normalizer
 
@@ -305,6 +307,7 @@ class Trainer:
         overrides["trained_with_cfg"] = self.config.enable_cfg
         tracker_config = TrackerConfig.from_size(self.config.model.size, **overrides)
         self.tracker = DiffusionIntentTracker(tracker_config, normalizer=self.normalizer)
+        warm_text_cache(self.tracker, [self.train_set, self.val_set, self.heldout_set])
 
         # DistributedDataParallel registers only the parameters that require a gradient when
         # it wraps the model, so the ViT must be trainable then and is frozen afterwards.
@@ -620,6 +623,37 @@ class Trainer:
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+TEXT_CACHE_CHUNK = 64
+
+
+def warm_text_cache(tracker: nn.Module, datasets: list[EpisodeDataset | None]) -> None:
+    """Encode every instruction of the splits once, in sorted order and fixed-size chunks.
+
+    The frozen encoder's output for a text varies in the last bits with the padding of the
+    batch it was first encoded in. Filling the cache up front makes each cached encoding
+    independent of the training history, which a bit-exact resume needs, and saves the
+    encoder passes during training.
+    """
+    texts: set[str] = set()
+    for dataset in datasets:
+        if dataset is None:
+            continue
+        for path in dataset.files:
+            with h5py.File(path, "r") as handle:
+                for group in handle[EPISODES_GROUP].values():
+                    for key in ("instruction", "alt_instruction"):
+                        if group.attrs.get(key):
+                            texts.add(str(group.attrs[key]))
+
+    ordered = sorted(texts)
+    conditioner = tracker.text
+    conditioner.cache_size = max(conditioner.cache_size, len(ordered))
+    with torch.no_grad():
+        for start in range(0, len(ordered), TEXT_CACHE_CHUNK):
+            conditioner.encode(ordered[start : start + TEXT_CACHE_CHUNK])
+    logger.info("encoded %d distinct instructions into the text cache", len(ordered))
 
 
 def vision_parameters(tracker: nn.Module) -> list[nn.Parameter]:
