@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Classifier-free guidance: DiTUpdateFormer depth {DEPTH}, hidden {HIDDEN_SIZE}, "
             f"{NUM_HEADS} heads, float32 on {args.device}, B={BATCH}, N={POINTS}, T={STEPS}, "
             f"context {CONTEXT_TOKENS} tokens (unconditional {CONTEXT_TOKENS - TEXT_TOKENS + 1}) "
-            f"with key-padding mask, DDIM trailing, {args.num_inference_steps} steps, "
+            f"with key-padding mask, DDIM trailing, steps per run: {args.num_inference_steps}, "
             f"guidance {GUIDANCE_SCALE}, {args.repeats} alternating rounds"
         )
         print_table(title, benchmark_guidance(args))
