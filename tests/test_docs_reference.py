@@ -45,7 +45,11 @@ def test_api_reference_entries_exist() -> None:
     assert not unknown, f"API reference entries that name no object: {unknown}"
 
 
-@pytest.mark.parametrize("name", sorted(ditblocks.__all__))
+# Constants such as UMT5_SIZES have no docstring of their own; their page shows an example.
+PUBLIC_CALLABLES = sorted(name for name in ditblocks.__all__ if callable(getattr(ditblocks, name)))
+
+
+@pytest.mark.parametrize("name", PUBLIC_CALLABLES)
 def test_public_name_docstring_has_example(name: str) -> None:
     docstring = inspect.getdoc(getattr(ditblocks, name)) or ""
 
