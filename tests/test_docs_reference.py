@@ -45,7 +45,7 @@ def test_api_reference_entries_exist() -> None:
     assert not unknown, f"API reference entries that name no object: {unknown}"
 
 
-# Constants such as UMT5_SIZES have no docstring of their own; their page shows an example.
+# Constants such as UMT5_SIZES have no docstring of their own, so their page shows the example.
 PUBLIC_CALLABLES = sorted(name for name in ditblocks.__all__ if callable(getattr(ditblocks, name)))
 
 
