@@ -1,9 +1,10 @@
 """Benchmark DiTUpdateFormer's forward and backward pass against a naive implementation.
 
 The naive model computes the same function with the same parameters, written the way a
-first draft of this architecture did it: explicit softmax attention, boolean masks expanded
-into additive float tensors of shape (B, heads, L, S), and the conditioning vector repeated
-for every row with ``.repeat`` so that the adaLN modulation Linear runs once per row.
+first draft of this architecture did it. It uses explicit softmax attention and expands the
+boolean masks into additive float tensors of shape (B, heads, L, S). It also repeats the
+conditioning vector for every row with ``.repeat``, so the adaLN modulation Linear runs once
+per row.
 
 The script prints, for each shape:
 
@@ -64,8 +65,8 @@ class Shape:
 
 SHAPES = {
     "small": Shape("small", batch=4, points=64, steps=16, context_tokens=220),
-    # Batch 1: at batch 4 the naive model's step needs more than the 23 GiB of RAM of the
-    # machine this was written on. Activation memory is proportional to the batch size.
+    # Batch 1 because at batch 4 the naive model's step needs an estimated 25 GiB or more.
+    # Activations grow linearly with the batch, so the memory ratios barely depend on it.
     "large": Shape("large", batch=1, points=256, steps=32, context_tokens=800),
 }
 TINY = Shape("tiny", batch=1, points=4, steps=4, context_tokens=8)
@@ -388,7 +389,7 @@ def _cpu_sdpa_backward_flops(
 
 
 # FlopCounterMode in torch 2.14 has formulas for the CUDA SDPA kernels but not for the CPU
-# flash kernel; these count it the same way (full L x S score matrix, masks ignored).
+# flash kernel. These count it the same way: the full L x S score matrix, masks ignored.
 CPU_SDPA_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
@@ -493,8 +494,8 @@ def measure_memory_worker(args: argparse.Namespace) -> None:
 
 def measure_memory(variant: str, shape: Shape, args: argparse.Namespace) -> dict[str, int]:
     """Run the memory worker for one variant and shape in a fresh subprocess."""
-    # glibc would otherwise keep large freed blocks in its heap, so the peak RSS would stop
-    # following the live tensors; with a 64 KiB threshold large blocks go back to the system.
+    # With a 64 KiB mmap threshold, glibc returns large freed blocks to the system at once.
+    # Otherwise it keeps them in its heap and the peak RSS stops following the live tensors.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     command = [
         sys.executable,
@@ -687,14 +688,16 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     shapes = [SHAPES["small"], SHAPES["large"]] if args.shape == "both" else [SHAPES[args.shape]]
+
+    # Memory first, so the workers share the machine with a parent that has allocated little.
+    memory_rows = {shape.name: benchmark_memory(shape, args) for shape in shapes}
     for shape in shapes:
+        rows = benchmark_speed(shape, args) if shape.name == "small" else []
         title = (
             f"Shape {shape.name}: B={shape.batch}, N={shape.points}, T={shape.steps}, "
             f"M={shape.context_tokens}"
         )
-        rows = benchmark_speed(shape, args) if shape.name == "small" else []
-        rows += benchmark_memory(shape, args)
-        print_table(title, rows)
+        print_table(title, rows + memory_rows[shape.name])
 
 
 if __name__ == "__main__":
