@@ -100,7 +100,7 @@ class DiTAttnBlock(_AdaLNZeroBlock):
         num_heads: Number of attention heads.
         mlp_ratio: Hidden width of the MLP relative to ``hidden_size``.
         qkv_bias: Whether the qkv projection has a bias.
-        qk_norm: Per-head query/key normalisation, see :class:`~ditblocks.Attention`.
+        qk_norm: Per-head query/key normalisation, see [`Attention`][ditblocks.Attention].
         fused_attn: Use scaled_dot_product_attention (True) or the reference path (False).
         device: Device of the parameters.
         dtype: Dtype of the parameters.
@@ -222,7 +222,7 @@ class DiTCrossAttnBlock(_AdaLNZeroBlock):
         num_heads: Number of attention heads.
         mlp_ratio: Hidden width of the MLP relative to ``hidden_size``.
         qkv_bias: Whether the query, key and value projections have a bias.
-        qk_norm: Per-head query/key normalisation, see :class:`~ditblocks.Attention`.
+        qk_norm: Per-head query/key normalisation, see [`Attention`][ditblocks.Attention].
         fused_attn: Use scaled_dot_product_attention (True) or the reference path (False).
         device: Device of the parameters.
         dtype: Dtype of the parameters.

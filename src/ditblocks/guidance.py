@@ -259,7 +259,7 @@ def sample(
             must match ``device``.
         return_intermediates: Also return the sample after every step.
         guidance_rescale: Guidance rescale factor phi in [0, 1]; see
-            :func:`classifier_free_guidance`.
+            [`classifier_free_guidance`][ditblocks.classifier_free_guidance].
         device: Device of the sample. Default: the device of the first tensor in ``cond``,
             else of ``known``, else the CPU.
         dtype: Floating dtype of the sample. Default: ``torch.get_default_dtype()``. The model's

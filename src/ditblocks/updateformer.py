@@ -32,7 +32,7 @@ class DiTUpdateLayer(nn.Module):
         context_dim: Width of the context tokens.
         mlp_ratio: MLP width relative to ``hidden_size``.
         add_space_attn: Whether the layer has the spatial attention block.
-        qk_norm: Per-head query/key normalisation, see :class:`~ditblocks.Attention`.
+        qk_norm: Per-head query/key normalisation, see [`Attention`][ditblocks.Attention].
         qkv_bias: Whether the query, key and value projections have a bias.
         fused_attn: Use scaled_dot_product_attention (True) or the reference path (False).
         factory: ``device`` and ``dtype`` of the parameters.
@@ -100,7 +100,7 @@ class DiTUpdateFormer(nn.Module):
         mlp_ratio: MLP width relative to ``hidden_size``.
         add_space_attn: Whether each layer attends across points. Without it the points
             interact only through the shared context.
-        qk_norm: Per-head query/key normalisation, see :class:`~ditblocks.Attention`.
+        qk_norm: Per-head query/key normalisation, see [`Attention`][ditblocks.Attention].
         gradient_checkpointing: Recompute each layer in the backward pass instead of storing
             its activations, in training mode only.
         qkv_bias: Whether the query, key and value projections have a bias.
