@@ -128,7 +128,7 @@ class SceneEncoder(nn.Module):
     """Encode a frame into ViT patch tokens, with an optional depth patch embedding.
 
     Frames are RGB in [0, 1]; the encoder applies the ViT's own mean/std normalisation.
-    Class and register tokens are dropped, so the output holds patch tokens only, row-major.
+    Class and register tokens are dropped, so the output contains patch tokens only, row-major.
 
     Args:
         vit_name: timm model name.

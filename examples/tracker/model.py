@@ -10,7 +10,7 @@ Architecture, top to bottom:
   patch tokens, and the context mask is the text mask followed by an all-True patch mask.
 - Trajectories: one token row per query point (and per hand), one token per slot 0..T, built by
   ``TrajectoryTokenizer``. With ``use_appearance`` each track row also gets the RGB value
-  and the ViT feature sampled bilinearly at its query point, which tells the model which
+  and the ViT feature sampled bilinearly at its query point, so the model can identify the
   object the point lies on.
 - ``ditblocks.DiTUpdateFormer`` updates the rows with time and space attention and
   cross-attention to the context. The diffusion timestep enters through
@@ -35,9 +35,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from ditblocks import DiTUpdateFormer, TimestepEmbedder, modulate
-from ditblocks.guidance import sample
-from ditblocks.text import TextConditioner
+from ditblocks import DiTUpdateFormer, TextConditioner, TimestepEmbedder, modulate, sample
 
 from .backbone import SceneEncoder
 from .model_config import TrackerConfig, resolve_text_encoder
@@ -69,7 +67,7 @@ class DiffusionIntentTracker(nn.Module):
         text_encoder_model: Encoder to use instead of loading ``config.text_encoder``.
         load_vit_weights: Look for pretrained ViT weights. None follows
             ``config.vit_pretrained``; ``from_pretrained`` passes False because the checkpoint
-            holds the ViT weights.
+            contains the ViT weights.
 
     Examples:
         >>> config = TrackerConfig.from_size("demo", vit_pretrained=False)
@@ -461,10 +459,11 @@ class DiffusionIntentTracker(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Sample future tracks (and hand poses) with DDIM and optional guidance.
 
-        The scene and the text are encoded once; each DDIM step (diffusers ``DDIMScheduler``
-        with ``timestep_spacing="trailing"``, built from the training scheduler's config) runs
-        only the trajectory transformer. Slot 0 is pinned to the known present state. The
-        model runs in eval mode and returns to its previous mode afterwards.
+        The scene and the text are encoded once, and each DDIM step runs only the trajectory
+        transformer. The sampler is diffusers' ``DDIMScheduler`` with
+        ``timestep_spacing="trailing"``, built from the training scheduler's config. Slot 0 is
+        pinned to the known present state. The model runs in eval mode and returns to its
+        previous mode afterwards.
 
         Classifier-free guidance runs when ``guidance_scale != 1`` and the model was trained
         with text dropout (``config.trained_with_cfg``); otherwise the scale is ignored with a
@@ -674,7 +673,7 @@ class DiffusionIntentTracker(nn.Module):
         Raises:
             FileNotFoundError: If the folder or one of its files is missing.
             ValueError: If the checkpoint comes from an older architecture or an
-                incompatible config; the message says what was found.
+                incompatible config. The message names what was found.
         """
         from .pretrained import load_tracker
 

@@ -54,8 +54,8 @@ class TrackerConfig:
         qk_norm: Normalise queries and keys in attention.
         vit_name: timm model name of the vision backbone.
         vit_pretrained: Load pretrained ViT weights from ``vit_checkpoint`` or the Hugging Face
-            hub when the model is built; random initialisation with a logged warning when they
-            cannot be found.
+            hub when the model is built. Without them the ViT starts from random weights and
+            a warning is logged.
         vit_checkpoint: Local ``.safetensors`` (or tensor-only ``.pth``) file of the ViT
             weights in timm's or the original format, or None to use the hub.
         image_size: Side of the square input image in pixels.

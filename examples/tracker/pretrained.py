@@ -8,10 +8,11 @@ A saved model is a folder with:
   except the frozen text encoder, which is rebuilt from ``tracker.text_encoder`` at load.
 - ``training_config.json`` (optional): the trainer's resolved config.
 
-Loading reads only JSON and safetensors, so it never unpickles anything. It rejects, with a
-message that says what it found and that the model must be retrained, a checkpoint of the
-older architecture (SigLIP text-encoder weights or a precomputed ``diffusion_time_emb``
-buffer), pickled weights, and a config or weights that do not match this code.
+Loading reads only JSON and safetensors, so it never unpickles anything. It raises
+``IncompatibleCheckpointError``, whose message names what it found and asks for retraining,
+on a checkpoint of the older architecture (SigLIP text-encoder weights or a precomputed
+``diffusion_time_emb`` buffer), on pickled weights, and on a config or weights that do not
+match this code.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ RETRAIN = "This checkpoint cannot be used with this code; retrain the model with
 
 
 class IncompatibleCheckpointError(ValueError):
-    """A saved model comes from another architecture or config; the message says what differs."""
+    """A saved model from another architecture or config. The message names what differs."""
 
 
 def save_tracker(

@@ -71,7 +71,7 @@ def sample_at_points(feature_map: torch.Tensor, points: torch.Tensor, image_size
     """Bilinearly sample a feature map at pixel positions.
 
     The map may have any resolution that covers the whole image, for example the image
-    itself or the ViT patch grid; border values extend outside it.
+    itself or the ViT patch grid. Outside the image the border values are repeated.
 
     Args:
         feature_map: (B, C, h, w).

@@ -93,7 +93,7 @@ def test_demo_text_encoder_resolves_to_package_folder():
 @pytest.mark.parametrize("size", ["demo", "s", "b", "l"])
 def test_token_and_output_shapes_per_size(size):
     # The meta device builds the real modules without allocating weights, so even size l is
-    # cheap. The text encoder cannot run on meta, so the null text token stands in for it.
+    # cheap. The text encoder cannot run on meta, so the null text token replaces it.
     tokenizer = AutoTokenizer.from_pretrained(str(text_encoder_dir()))
     with torch.device("meta"):
         encoder = BertModel(

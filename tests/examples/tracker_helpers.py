@@ -98,7 +98,7 @@ def make_batch(
     """Return a collated batch whose motion depends on the instruction.
 
     Points move left by 1.5 px per step under the first instruction and up by 1 px per step
-    under the second; the hand moves with them. Frames are random.
+    under the second. The hand moves with them, and the frames are random.
     """
     generator = torch.Generator().manual_seed(seed)
     size, slots = config.image_size, config.num_slots
