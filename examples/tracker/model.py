@@ -363,7 +363,14 @@ class DiffusionIntentTracker(nn.Module):
                 ``cfg_dropout_prob`` is outside [0, 1].
         """
         config = self.config
-        check_batch(batch, config.image_size, config.num_slots, config.use_depth, config.use_hands)
+        check_batch(
+            batch,
+            config.image_size,
+            config.num_slots,
+            config.use_depth,
+            config.use_hands,
+            config.max_hands,
+        )
         if not 0.0 <= cfg_dropout_prob <= 1.0:
             raise ValueError(
                 f"cfg_dropout_prob={cfg_dropout_prob} is invalid; expected a value in [0, 1]."
@@ -375,6 +382,9 @@ class DiffusionIntentTracker(nn.Module):
         draw_device = generator.device if generator is not None else device
 
         use_hands = config.use_hands
+        # NOTE: the hand rows are left out for the whole batch, not per sample, because the
+        # DiTUpdateFormer has no row mask. Such a batch reports hand losses of zero, which
+        # lowers averaged hand losses by about hand_drop_prob.
         if use_hands and self.training and config.hand_drop_prob > 0:
             draw = torch.rand((), generator=generator, device=draw_device)
             use_hands = bool(draw >= config.hand_drop_prob)
@@ -476,8 +486,8 @@ class DiffusionIntentTracker(nn.Module):
             text: One instruction for every sample, or a list of B instructions.
             depth: (B, 1, S, S) depth in metres; required with ``use_depth``.
             hand_query: (B, H, 3) present hand (u px, v px, depth m), or (B, H, 9) with the 6D
-                rotation appended, which then pins the rotation at slot 0. None predicts
-                tracks only.
+                rotation appended, which then pins the rotation at slot 0. None, or a model
+                built with ``use_hands=False``, predicts tracks only.
             guidance_scale: Classifier-free guidance scale; 1 turns guidance off.
             num_inference_steps: DDIM steps.
             generator: Generator of the initial noise, on the model's device.
@@ -501,6 +511,7 @@ class DiffusionIntentTracker(nn.Module):
             config.use_depth,
             guidance_scale,
             num_inference_steps,
+            config.max_hands,
         )
         guided = guidance_scale != 1.0
         if guided and not config.trained_with_cfg:

@@ -24,6 +24,7 @@ def check_predict_inputs(
     use_depth: bool,
     guidance_scale: Any,
     num_inference_steps: Any,
+    max_hands: int,
 ) -> list[str]:
     """Check the arguments of ``predict`` and return the instructions as a list of B strings."""
     _check_frames(frames, "frames", image_size)
@@ -45,6 +46,7 @@ def check_predict_inputs(
             )
         if not torch.isfinite(hand_query).all():
             raise ValueError("hand_query contains NaN or inf; pass finite hand states.")
+        _check_hand_count(hand_query.shape[1], "hand_query", max_hands)
 
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise TypeError(f"guidance_scale must be a float, got {type(guidance_scale).__name__}.")
@@ -60,7 +62,12 @@ def check_predict_inputs(
 
 
 def check_batch(
-    batch: Any, image_size: int, num_slots: int, use_depth: bool, use_hands: bool
+    batch: Any,
+    image_size: int,
+    num_slots: int,
+    use_depth: bool,
+    use_hands: bool,
+    max_hands: int,
 ) -> None:
     """Check a collated training batch (see the dataset's ``collate_episodes``)."""
     if not isinstance(batch, Mapping):
@@ -91,6 +98,15 @@ def check_batch(
         hands = batch["hand_uvd"].shape[1] if isinstance(batch["hand_uvd"], torch.Tensor) else -1
         _check_trajectory(batch["hand_uvd"], "batch['hand_uvd']", (size, hands), num_slots, 3)
         _check_trajectory(batch["hand_rot6d"], "batch['hand_rot6d']", (size, hands), num_slots, 6)
+        _check_hand_count(hands, "batch['hand_uvd']", max_hands)
+
+
+def _check_hand_count(count: int, name: str, max_hands: int) -> None:
+    if count > max_hands:
+        raise ValueError(
+            f"{name} has {count} hands but the model has embeddings for {max_hands}; build it "
+            f"with max_hands={count} or more."
+        )
 
 
 def _check_float_tensor(value: Any, name: str) -> None:
