@@ -1,11 +1,13 @@
 """Atomic training checkpoints on top of ``Accelerator.save_state``.
 
-A checkpoint is the folder ``<root>/step_<step>`` with Accelerate's files (model weights as
-safetensors; optimiser, scheduler, EMA and RNG states as torch pickles, one RNG file per
-process), ``trainer_state.json`` (step and the running loss sums) and the resolved config as
-``config.yaml``. Every process writes into ``<root>/.tmp-step_<step>`` first; the main process
-renames the folder only after all files are complete, so a crash while writing leaves the
-previous checkpoint intact and at most a temporary folder, which the next run removes.
+A checkpoint is the folder ``<root>/step_<step>``. It contains Accelerate's files: the model
+weights as safetensors, and the optimiser, scheduler, EMA and RNG states as torch pickles
+(one RNG file per process). Next to them are ``trainer_state.json`` (the step and the
+running loss sums) and the resolved config as ``config.yaml``.
+
+Every process writes into ``<root>/.tmp-step_<step>`` first. The main process renames the
+folder only after all files are complete, so a crash while writing leaves the previous
+checkpoint intact and at most a temporary folder, which the next run removes.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class GenerateConfig:
 
 @dataclass
 class DataConfig:
-    """Where the episodes are and how they are read.
+    """Location of the episode splits and settings of the training dataset.
 
     Attributes:
         dir: Folder with the HDF5 splits, relative to the working directory unless absolute.
@@ -117,7 +117,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which tracker to build.
+    """Size preset and architecture overrides of the tracker.
 
     Attributes:
         size: Size preset of ``TrackerConfig.from_size`` (``demo``, ``s``, ``b``, ``l``).
@@ -190,17 +190,21 @@ class EvalConfig:
         every_steps: Steps between two validations with the EMA weights; 0 disables them.
         at_end: Evaluate the final EMA weights and draw the pictures when training ends.
         num_episodes: Episodes of each split that are evaluated; 0 evaluates all of them.
+        num_points: Query points per evaluated episode, drawn once with ``seed``; ``None``
+            evaluates all stored points.
         batch_size: Episodes per sampling batch.
         num_inference_steps: DDIM steps per prediction.
         moving_threshold_px: A point is moving when the maximum over steps of the norm of
             its ground-truth displacement exceeds this many pixels.
         num_plot_episodes: Validation episodes drawn with their tracks at the end.
-        seed: Seed of the sampling noise, so that every validation sees the same noise.
+        seed: Seed of the sampling noise and of the evaluated query points, so that every
+            validation uses the same noise and points.
     """
 
     every_steps: int = 250
     at_end: bool = True
     num_episodes: int = 64
+    num_points: int | None = None
     batch_size: int = 32
     num_inference_steps: int = 20
     moving_threshold_px: float = 2.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -58,24 +59,17 @@ def ensure_episodes(data: DataConfig, accelerator: Accelerator) -> dict[str, Pat
 
 
 def generate_splits(data: DataConfig, targets: dict[str, Path]) -> None:
-    """Render the requested splits with the MuJoCo episode generator."""
-    from .generate import EpisodeConfig, _configure_gl, generate_split
+    """Render the requested splits with the MuJoCo episode generator's command line.
+
+    The generator writes ``<split>.h5`` files, so every split must use that file name.
+
+    Raises:
+        ValueError: If a requested split has a non-standard file name or a zero episode count.
+    """
+    from .generate import main as generate_main
 
     settings = data.generate
-    episode_config = EpisodeConfig(
-        image_size=settings.image_size,
-        num_steps=settings.num_steps,
-        num_points=settings.num_points,
-    )
-    workers = settings.workers or os.cpu_count() or 1
-    _configure_gl()
-    logger.info(
-        "generating the missing splits %s into %s with %d worker(s): %s",
-        ", ".join(targets),
-        data.dir,
-        workers,
-        asdict(settings),
-    )
+    counts = {"train": 0, "val": 0, "heldout": 0}
     for split, path in targets.items():
         count = getattr(settings, split)
         if count <= 0:
@@ -83,5 +77,34 @@ def generate_splits(data: DataConfig, targets: dict[str, Path]) -> None:
                 f"data.generate.{split}={count}, but the {split} split {path} is missing; "
                 "set a positive episode count or provide the file."
             )
-        seconds = generate_split(path, split, count, settings.seed, episode_config, workers)
-        logger.info("generated %d %s episodes in %.1f s: %s", count, split, seconds, path)
+        if path.name != f"{split}.h5":
+            raise ValueError(
+                f"the {split} split {path} is missing, and the generator can only write "
+                f"{split}.h5. Set data.{split}_file="
+                f"{split}.h5 or provide the file."
+            )
+        counts[split] = count
+
+    workers = settings.workers or os.cpu_count() or 1
+    logger.info(
+        "generating the missing splits %s into %s with %d worker(s): %s",
+        ", ".join(targets),
+        data.dir,
+        workers,
+        asdict(settings),
+    )
+    started = time.perf_counter()
+    generate_main(
+        [
+            "--out", str(Path(data.dir)),
+            "--train", str(counts["train"]),
+            "--val", str(counts["val"]),
+            "--heldout", str(counts["heldout"]),
+            "--seed", str(settings.seed),
+            "--workers", str(workers),
+            "--image-size", str(settings.image_size),
+            "--steps", str(settings.num_steps),
+            "--points", str(settings.num_points),
+        ]
+    )
+    logger.info("generated the episodes in %.1f s", time.perf_counter() - started)

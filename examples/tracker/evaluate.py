@@ -2,7 +2,7 @@
 
 All distances are in pixels of the observation frame and are computed over the future steps
 1..T (slot 0 is the query point itself and is pinned). Every step counts, visible or not,
-because the simulator knows where an occluded point is.
+because the simulator records the position of an occluded point too.
 
 - ADE: the mean over points of the mean over steps of the L2 error of the displacement.
 - FDE: the mean over points of the L2 error at the last step.

@@ -66,6 +66,9 @@ def plot_track_examples(examples: Sequence[EpisodeExample], path: str | os.PathL
             axis.set_axis_off()
             axis.set_title(f"{label}: {example.instruction}", fontsize=9, wrap=True)
 
+    figure.suptitle(
+        "track colour: future step (dark early, yellow late); white: hand path", fontsize=9
+    )
     return _save(figure, path)
 
 

@@ -1,9 +1,9 @@
 """Training loop of the DiffusionIntentTracker with Hugging Face Accelerate.
 
-One function, ``train``, runs a whole job: it finds or generates the episodes, builds the
-model, trains with AdamW, a warmup-then-cosine schedule, gradient clipping and an EMA of the
-weights, validates and checkpoints every few steps, and at the end evaluates the EMA weights,
-draws the pictures and saves the released model. The same code runs on one CPU, one GPU or
+One function, ``train``, runs a whole job. It finds or generates the episodes and builds the
+model. It trains with AdamW, a warmup-then-cosine schedule, gradient clipping and an EMA of
+the weights, and validates and checkpoints every few steps. At the end it evaluates the EMA
+weights, draws the pictures and saves the released model. The same code runs on one CPU, one GPU or
 several processes under ``accelerate launch``.
 
 Resuming is exact on CPU: the data order and the diffusion noise of a step are functions of
@@ -67,7 +67,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """Where a finished run put its outputs, and its final metrics."""
+    """Output locations and final metrics of a finished run."""
 
     output_dir: Path
     model_dir: Path | None
@@ -141,8 +141,8 @@ class EpochItems(Dataset):
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of (epoch, index) for the optimiser steps ``start_step`` to ``total_steps - 1``.
 
-    Each epoch is a permutation drawn from (seed, epoch); global batch ``b`` of an epoch takes
-    the next ``batch_size * num_processes`` indices and process ``rank`` takes its slice. The
+    Each epoch is a permutation drawn from (seed, epoch). Global batch ``b`` of an epoch takes
+    the next ``batch_size * num_processes`` indices, and process ``rank`` takes its slice. The
     incomplete last global batch of an epoch is dropped. The batch of a step therefore depends
     only on the step, which is what makes resuming exact.
     """
@@ -284,10 +284,15 @@ class Trainer:
             color_jitter=data.color_jitter,
             seed=self.config.seed,
         )
-        self.val_set = EpisodeDataset(paths["val"], load_depth=load_depth)
-        self.heldout_set = (
-            EpisodeDataset(paths["heldout"], load_depth=load_depth) if paths["heldout"] else None
+        evaluation = self.config.eval
+        self.val_set = EpisodeDataset(
+            paths["val"], evaluation.num_points, load_depth=load_depth, seed=evaluation.seed
         )
+        self.heldout_set = None
+        if paths["heldout"]:
+            self.heldout_set = EpisodeDataset(
+                paths["heldout"], evaluation.num_points, load_depth=load_depth, seed=evaluation.seed
+            )
         self.normalizer = Normalizer.fit(self.train_set)
 
     def build_model(self) -> None:
@@ -471,7 +476,9 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 self.log_training(window_steps / elapsed if elapsed > 0 else math.nan)
                 window_start, window_steps = time.perf_counter(), 0
-            if config.eval.every_steps and self.step % config.eval.every_steps == 0:
+            # The final evaluation covers the last step, so it is not validated twice.
+            validate_now = config.eval.every_steps and self.step % config.eval.every_steps == 0
+            if validate_now and self.step < config.train.max_steps:
                 self.validate()
             if config.checkpoint.every_steps and self.step % config.checkpoint.every_steps == 0:
                 self.save()

@@ -122,7 +122,7 @@ def test_unknown_override_names_key_and_closest(override, unknown, closest):
     assert f"Did you mean {closest!r}" in message
 
 
-def test_unknown_key_in_file_names_key_closest_and_file(tmp_path):
+def test_unknown_key_in_file_reported(tmp_path):
     path = write_yaml(tmp_path / "bad.yaml", {"train": {"max_step": 3}})
 
     with pytest.raises(ConfigError) as error:

@@ -48,13 +48,21 @@ TINY_EVAL = [
 @pytest.fixture(scope="module")
 def episodes_dir(tmp_path_factory) -> Path:
     """Render 8 training, 2 validation and 2 held-out episodes at 64x64 once."""
-    from tracker.generate import EpisodeConfig, _configure_gl, generate_split
+    from tracker.generate import main as generate_main
 
     folder = tmp_path_factory.mktemp("episodes")
-    _configure_gl()
-    config = EpisodeConfig(image_size=64, num_steps=8, num_points=16)
-    for split, count in (("train", 8), ("val", 2), ("heldout", 2)):
-        generate_split(folder / f"{split}.h5", split, count, 0, config, workers=2)
+    generate_main(
+        [
+            "--out", str(folder),
+            "--train", "8",
+            "--val", "2",
+            "--heldout", "2",
+            "--workers", "2",
+            "--image-size", "64",
+            "--steps", "8",
+            "--points", "16",
+        ]
+    )
     return folder
 
 
