@@ -417,7 +417,11 @@ def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, 
 
 
 class SavedBytesCounter:
-    """Hooks that record the bytes of distinct non-parameter storages saved for backward."""
+    """Hooks that record the bytes of distinct non-parameter storages saved for backward.
+
+    NOTE: Non-reentrant gradient checkpointing saves the tensors of a checkpointed layer through
+    its own hooks, so with checkpointing this counts only what autograd keeps between layers.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
