@@ -95,7 +95,8 @@ def plot_loss_curve(records: Sequence[Mapping], path: str | os.PathLike) -> Path
 
     Args:
         records: Metric records as written to the JSONL log: dicts with ``split`` and
-            ``step``; train records carry ``*_loss`` keys, validation records ``ade_moving``.
+            ``step``. Train records carry ``*_loss`` keys, and validation records (``val``
+            during training, ``final_val`` at the end) carry ``ade_moving``.
         path: Output PNG file.
 
     Returns:
@@ -108,7 +109,9 @@ def plot_loss_curve(records: Sequence[Mapping], path: str | os.PathLike) -> Path
     if not train:
         raise ValueError("no training record to plot; the run logged no training step.")
     validation = [
-        record for record in records if record.get("split") == "val" and "ade_moving" in record
+        record
+        for record in records
+        if record.get("split") in ("val", "final_val") and "ade_moving" in record
     ]
 
     columns = 2 if validation else 1

@@ -67,7 +67,13 @@ def episodes_dir(tmp_path_factory) -> Path:
 
 
 def data_overrides(episodes_dir: Path) -> list[str]:
-    return [f"data.dir={episodes_dir}", "data.generate_if_missing=false"]
+    # The tiny episodes store 16 points, fewer than the default config samples for evaluation.
+    return [
+        f"data.dir={episodes_dir}",
+        "data.generate_if_missing=false",
+        "data.num_points=8",
+        "eval.num_points=8",
+    ]
 
 
 def script_env() -> dict[str, str]:
@@ -184,7 +190,9 @@ def test_train_script_smoke_run_with_cfg(episodes_dir, tmp_path):
 
     records = read_records(output / "metrics.jsonl")
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
-    assert [r["step"] for r in records if r["split"] == "val"] == [2, 4]
+    assert [r["step"] for r in records if r["split"] == "val"] == [2]
+    assert [r["step"] for r in records if r["split"] == "final_val"] == [4]
+    assert [r["step"] for r in records if r["split"] == "final_heldout"] == [4]
     assert "released model" in result.stderr
 
 
