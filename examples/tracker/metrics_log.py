@@ -39,8 +39,8 @@ class MetricsLogger:
         if resume_step is None:
             self.path.write_text("", encoding="utf-8")
         else:
-            kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
-            text = "".join(json.dumps(record) + "\n" for record in kept)
+            earlier = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
+            text = "".join(json.dumps(record) + "\n" for record in earlier)
             temporary = self.path.with_name(f".{self.path.name}.tmp")
             temporary.write_text(text, encoding="utf-8")
             os.replace(temporary, self.path)

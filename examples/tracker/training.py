@@ -6,8 +6,8 @@ the weights, and validates and checkpoints every few steps. At the end it evalua
 weights, draws the pictures and saves the released model. The same code runs on one CPU, one GPU or
 several processes under ``accelerate launch``.
 
-Resuming is exact on CPU: the data order and the diffusion noise of a step are functions of
-(seed, step, process index) alone, and the checkpoint holds the model, optimiser, scheduler,
+Resuming is exact on CPU. The data order and the diffusion noise of a step are functions of
+(seed, step, process index) alone. The checkpoint contains the model, optimiser, scheduler,
 EMA and every RNG state, so a resumed run logs the same losses as an uninterrupted one.
 """
 
