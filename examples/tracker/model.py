@@ -128,6 +128,11 @@ class DiffusionIntentTracker(nn.Module):
             hidden, config.num_slots, config.image_size, appearance_dim, config.max_hands
         )
         self.timestep_embedder = TimestepEmbedder(hidden)
+        self.text_embedder = None
+        if config.pooled_text_conditioning:
+            self.text_embedder = nn.Sequential(
+                nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+            )
         self.transformer = DiTUpdateFormer(
             depth=config.depth,
             hidden_size=hidden,
@@ -233,10 +238,13 @@ class DiffusionIntentTracker(nn.Module):
         else:
             text_tokens, text_mask = self.text.encode(texts, drop=drop_text)
         patch_mask = torch.ones(scene_tokens.shape[:2], dtype=torch.bool, device=frames.device)
+        text_tokens = text_tokens.to(scene_tokens.dtype)
         conditions = {
-            "context": torch.cat([text_tokens.to(scene_tokens.dtype), scene_tokens], dim=1),
+            "context": torch.cat([text_tokens, scene_tokens], dim=1),
             "context_mask": torch.cat([text_mask, patch_mask], dim=1),
         }
+        if self.text_embedder is not None:
+            conditions["text_pooled"] = _masked_mean(text_tokens, text_mask)
 
         appearance = None
         if self.config.use_appearance:
@@ -291,6 +299,8 @@ class DiffusionIntentTracker(nn.Module):
             conditions["track_rows"], noisy_tracks, hand_rows, noisy_hands
         )
         c = self.timestep_embedder(timesteps, batch_size=tokens.shape[0])
+        if self.text_embedder is not None:
+            c = c + self.text_embedder(conditions["text_pooled"])
         hidden = self.transformer(
             tokens, conditions["context"], c, context_mask=conditions["context_mask"]
         )
@@ -731,3 +741,9 @@ class _StateLayout:
 def _future_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over slots 1..T of (B, rows, T + 1, C) tensors, in float32."""
     return F.mse_loss(prediction[:, :, 1:].float(), target[:, :, 1:].float())
+
+
+def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average (B, L, C) tokens over the positions where the (B, L) mask is True."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)

@@ -69,6 +69,10 @@ class TrackerConfig:
         use_depth: Add a depth patch embedding and the depth at each query point.
         use_appearance: Add the RGB value and the ViT feature at each query point to its
             track tokens, so that a point knows which object it lies on.
+        pooled_text_conditioning: Add an embedding of the mean text token to the timestep
+            embedding ``c``, as DiT adds its class embedding. Every adaLN-Zero block is then
+            modulated by the instruction, which lets a token's MLP combine its appearance with
+            the named colour and shape multiplicatively, besides cross-attending to the text.
         prediction_type: Target of the network: ``epsilon``, ``v_prediction`` or ``sample``.
         num_train_timesteps: Diffusion steps of the DDPM training schedule.
         beta_schedule: Beta schedule name of diffusers' DDPMScheduler.
@@ -95,6 +99,7 @@ class TrackerConfig:
     hand_drop_prob: float = 0.1
     use_depth: bool = False
     use_appearance: bool = True
+    pooled_text_conditioning: bool = True
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
