@@ -73,6 +73,8 @@ class TrackerConfig:
             embedding ``c``, as DiT adds its class embedding. Every adaLN-Zero block is then
             modulated by the instruction, which lets a token's MLP combine its appearance with
             the named colour and shape multiplicatively, besides cross-attending to the text.
+            Off by default: in a 1000-step run of the default config it changed none of the
+            validation metrics by more than noise.
         prediction_type: Target of the network: ``epsilon``, ``v_prediction`` or ``sample``.
         num_train_timesteps: Diffusion steps of the DDPM training schedule.
         beta_schedule: Beta schedule name of diffusers' DDPMScheduler.
@@ -99,7 +101,7 @@ class TrackerConfig:
     hand_drop_prob: float = 0.1
     use_depth: bool = False
     use_appearance: bool = True
-    pooled_text_conditioning: bool = True
+    pooled_text_conditioning: bool = False
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
