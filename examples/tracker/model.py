@@ -54,6 +54,11 @@ __all__ = ["DiffusionIntentTracker", "TrackerConfig"]
 
 logger = logging.getLogger(__name__)
 
+# Bound, in standard deviations of the normalised targets, on the clean-sample estimate of
+# DDIM sampling with an epsilon model. The largest hand and track motions of the generated
+# episodes are about 5 standard deviations.
+X0_CLIP_RANGE = 10.0
+
 
 class DiffusionIntentTracker(nn.Module):
     """Predict where query points and the hand move, given a frame and an instruction.
@@ -585,7 +590,7 @@ class DiffusionIntentTracker(nn.Module):
             return layout.pack(track_prediction, hand_prediction)
 
         scheduler = DDIMScheduler.from_config(
-            self.noise_scheduler.config, timestep_spacing="trailing"
+            self.noise_scheduler.config, timestep_spacing="trailing", **self._x0_clipping()
         )
         state = sample(
             denoise,
@@ -602,6 +607,20 @@ class DiffusionIntentTracker(nn.Module):
             dtype=torch.float32,
         )
         return self._unnormalize(layout, state, query_coords, hand_query)
+
+    def _x0_clipping(self) -> dict[str, Any]:
+        """Return DDIM options that bound the predicted clean sample of an epsilon model.
+
+        With the cosine schedule, alpha_bar at the noisiest timestep is about 1e-9, and DDIM's
+        clean-sample estimate from an epsilon prediction divides by its square root, so a
+        small error in the first step's epsilon becomes a displacement of thousands of
+        pixels. The targets are normalised to unit standard deviation per channel, so
+        clipping the estimate at X0_CLIP_RANGE standard deviations leaves real motion alone.
+        v-prediction and sample prediction do not divide by alpha_bar and need no clipping.
+        """
+        if self.config.prediction_type != "epsilon":
+            return {}
+        return {"clip_sample": True, "clip_sample_range": X0_CLIP_RANGE}
 
     def _known_slot0(
         self, layout: _StateLayout, hand_query: torch.Tensor | None, device: torch.device

@@ -21,7 +21,7 @@ from tracker_helpers import (
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from tracker.backbone import create_vit
-from tracker.model import DiffusionIntentTracker
+from tracker.model import X0_CLIP_RANGE, DiffusionIntentTracker
 from tracker.model_config import SIZES, TrackerConfig, resolve_text_encoder
 from tracker.normalizer import Normalizer
 from tracker.pretrained import (
@@ -340,6 +340,21 @@ def test_predict_displacement_in_pixels_scales_with_normalizer():
     large = _predict(model, batch)["tracks"] - batch["query_coords"][:, :, None]
     assert small[:, :, 1:].abs().mean() > 0.1
     assert torch.allclose(large, 2.0 * small, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predict_first_step_from_pure_noise_stays_bounded(prediction_type):
+    # An untrained epsilon model predicts zero noise, so DDIM's clean-sample estimate at the
+    # noisiest timestep is the noise divided by sqrt(alpha_bar), about 1e-4 with the cosine
+    # schedule; without clipping that is a displacement of tens of thousands of pixels.
+    model = tiny_model(prediction_type=prediction_type, beta_schedule="squaredcos_cap_v2")
+    batch = make_batch(model.config)
+    model.normalizer.track_std.fill_(4.0)
+
+    displacement = _predict(model, batch)["tracks"] - batch["query_coords"][:, :, None]
+
+    bound = X0_CLIP_RANGE * 4.0 + model.normalizer.track_mean.abs().max()
+    assert displacement.abs().max() <= bound + 1e-3
 
 
 def test_predict_guidance_ignored_without_cfg_training(caplog):
