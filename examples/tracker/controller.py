@@ -71,6 +71,7 @@ def plan_task(
     objects: list[ObjectSpec],
     positions: np.ndarray,
     heldout: bool,
+    target: int | None = None,
 ) -> Task | None:
     """Choose a feasible task for the scene.
 
@@ -79,11 +80,14 @@ def plan_task(
         objects: The scene's objects.
         positions: (K, 2) settled object centres on the table in metres.
         heldout: Whether the target must be a held-out colour-shape pair.
+        target: Object index the task must move, or None to choose one.
 
     Returns:
         A task, or None when no object allows a task that keeps clear of the others.
     """
     targets = list(range(len(objects)))
+    if target is not None:
+        targets = [target] if target < len(objects) else []
     if heldout:
         targets = [i for i in targets if (objects[i].color, objects[i].shape) in HELDOUT_PAIRS]
     rng.shuffle(targets)
@@ -91,8 +95,8 @@ def plan_task(
     kinds = list(INTENT_WEIGHTS)
     kind_order = rng.choice(kinds, size=len(kinds), replace=False, p=list(INTENT_WEIGHTS.values()))
     for kind in kind_order:
-        for target in targets:
-            task = _plan_kind(rng, str(kind), target, objects, positions)
+        for candidate in targets:
+            task = _plan_kind(rng, str(kind), candidate, objects, positions)
             if task is not None:
                 return task
     return None

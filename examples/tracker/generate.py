@@ -69,7 +69,9 @@ def episode_seed(base_seed: int, split: str, index: int) -> int:
     return int(sequence.generate_state(1, dtype=np.uint32)[0])
 
 
-def generate_episode(seed: int, split: str, config: EpisodeConfig) -> dict[str, Any]:
+def generate_episode(
+    seed: int, split: str, config: EpisodeConfig, target: int | None = None
+) -> dict[str, Any]:
     """Simulate and render one episode.
 
     Args:
@@ -77,13 +79,15 @@ def generate_episode(seed: int, split: str, config: EpisodeConfig) -> dict[str, 
         split: "train", "val" or "heldout". The held-out split names held-out colour-shape
             pairs with held-out phrasings.
         config: Episode sizes.
+        target: Object index the task must move, or None to let the seed choose. The same
+            seed with another target gives the same initial scene with another instruction.
 
     Returns:
         {"arrays": field -> array, "attrs": attribute -> value} in the HDF5 format's names.
     """
     from .simulation import simulate_episode
 
-    return simulate_episode(seed, split, config)
+    return simulate_episode(seed, split, config, target)
 
 
 def generate_split(

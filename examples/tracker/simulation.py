@@ -26,13 +26,19 @@ TABLE_CATEGORY = -1
 HAND_CATEGORY = -2
 
 
-def simulate_episode(seed: int, split: str, config: Any) -> dict[str, Any]:
+def simulate_episode(
+    seed: int, split: str, config: Any, target: int | None = None
+) -> dict[str, Any]:
     """Build a scene, run the scripted task and record the episode.
 
     Args:
         seed: Episode seed.
         split: "train", "val" or "heldout".
         config: An `EpisodeConfig`.
+        target: Object index the task must move, or None to let the seed choose. The scene
+            depends only on the seed while the first scene drawn allows a task on that
+            object, so one seed with two targets gives the same initial scene with two
+            instructions.
 
     Returns:
         {"arrays": ..., "attrs": ...} ready for `H5EpisodeWriter.write`.
@@ -42,7 +48,7 @@ def simulate_episode(seed: int, split: str, config: Any) -> dict[str, Any]:
 
     rng = np.random.default_rng(seed)
     heldout = split == "heldout"
-    model, data, objects, task = _build_episode(mujoco, rng, config, heldout)
+    model, data, objects, task = _build_episode(mujoco, rng, config, heldout, target)
     instruction = describe_task(rng, task, objects, heldout)
     alt_instruction, alt_target = alternative_instruction(rng, task, objects, heldout)
 
@@ -83,7 +89,9 @@ def simulate_episode(seed: int, split: str, config: Any) -> dict[str, Any]:
     return {"arrays": arrays, "attrs": attrs}
 
 
-def _build_episode(mujoco: Any, rng: np.random.Generator, config: Any, heldout: bool):
+def _build_episode(
+    mujoco: Any, rng: np.random.Generator, config: Any, heldout: bool, target: int | None
+):
     for _ in range(100):
         count = int(rng.integers(config.min_objects, config.max_objects + 1))
         objects = sample_objects(rng, count, allow_heldout_pairs=heldout)
@@ -94,7 +102,7 @@ def _build_episode(mujoco: Any, rng: np.random.Generator, config: Any, heldout: 
         mujoco.mj_step(model, data, nstep=settle_steps)
 
         positions = np.stack([data.body(f"obj{i}").xpos[:2] for i in range(count)])
-        task = plan_task(rng, objects, positions, heldout)
+        task = plan_task(rng, objects, positions, heldout, target)
         if task is not None:
             return model, data, objects, task
     raise RuntimeError("no feasible task found in 100 scenes; check the scene parameters")

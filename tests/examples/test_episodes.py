@@ -44,6 +44,28 @@ def test_same_seed_gives_identical_arrays() -> None:
     assert first["attrs"] == second["attrs"]
 
 
+def test_same_scene_with_two_instructions_moves_different_objects() -> None:
+    first = generate_episode(1234, "train", CONFIG)
+    names = list(first["attrs"]["object_names"])
+    target = int(first["attrs"]["target_object"])
+    for other in range(len(names)):
+        if other == target:
+            continue
+        second = generate_episode(1234, "train", CONFIG, target=other)
+        if list(second["attrs"]["object_names"]) == names:
+            break
+    else:
+        pytest.fail(f"no object of the scene {names} other than {target} allows a task")
+
+    assert first["arrays"]["rgb"].tobytes() == second["arrays"]["rgb"].tobytes()
+    assert first["attrs"]["instruction"] != second["attrs"]["instruction"]
+    assert not np.allclose(first["arrays"]["tracks"], second["arrays"]["tracks"])
+    for episode, moved in ((first, target), (second, other)):
+        positions = episode["arrays"]["object_pos"]  # (K, S, 3) world metres
+        travel = np.linalg.norm(positions[:, -1] - positions[:, 0], axis=-1)
+        assert int(np.argmax(travel)) == moved, (episode["attrs"]["instruction"], travel)
+
+
 def test_worker_output_equals_direct_call(episodes: list[dict]) -> None:
     direct = generate_episode(episode_seed(7, "train", 3), "train", CONFIG)
 
