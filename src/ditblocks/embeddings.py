@@ -16,7 +16,7 @@ def timestep_embedding(t: Timesteps, dim: int, max_period: float = 10000.0) -> t
     """Compute sinusoidal features of diffusion timesteps, following DiT.
 
     Frequency ``i`` is ``max_period ** (-i / half)`` for ``i`` in ``[0, half)`` with
-    ``half = dim // 2``. The output holds the cosines first, then the sines, and a zero column
+    ``half = dim // 2``. The output contains the cosines first, then the sines, and a zero column
     is appended when ``dim`` is odd. Frequencies and features are computed in float32 whatever
     the dtype of ``t``.
 

@@ -208,7 +208,7 @@ class DiTUpdateFormer(nn.Module):
             c: ``(B, hidden_size)`` or ``(B, T, hidden_size)`` conditioning, typically the
                 diffusion-timestep embedding.
             context_mask: ``(B, M)`` bool key-padding mask, True means attend.
-            causal: Make temporal attention causal: step ``t`` sees only steps ``<= t``.
+            causal: Make temporal attention causal, so step ``t`` attends only to steps ``<= t``.
 
         Returns:
             ``(B, N, T, output_dim)``.
