@@ -26,11 +26,7 @@ import argparse
 import datetime
 import io
 import itertools
-import os
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +38,7 @@ from torch import nn
 from ditblocks import DiTUpdateFormer, TimestepEmbedder
 from ditblocks.guidance import classifier_free_guidance, sample
 from ditblocks.text import TextConditioner
+from reporting import describe_machine, print_table, spread, synchronize
 
 HIDDEN_SIZE = 384
 NUM_HEADS = 6
@@ -251,11 +248,6 @@ def make_encoders(device: str) -> dict[str, Callable[[], torch.Tensor]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_alternating(
     runs: dict[str, Callable[[], torch.Tensor]], repeats: int, device: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
@@ -275,40 +267,9 @@ def time_alternating(
     return outputs, times
 
 
-def spread(values: list[float]) -> str:
-    """Format the median with the min-max range."""
-    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
-
-
 def ratio_spread(times: dict[str, list[float]], slow: str, fast: str) -> str:
     ratios = [s / f for s, f in zip(times[slow], times[fast], strict=True)]
     return spread(ratios)
-
-
-def describe_machine(device: str) -> str:
-    model_name = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                model_name = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    text = (
-        f"{model_name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, Python {platform.python_version()}"
-    )
-    if device == "cuda":
-        text += f", {torch.cuda.get_device_name()}"
-    return text + f", load average {os.getloadavg()[0]:.2f} at start"
-
-
-def print_table(title: str, rows: list[tuple[str, str]]) -> None:
-    print(f"\n{title}\n")
-    print("| figure | value |")
-    print("| --- | --- |")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
 
 
 def benchmark_guidance(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -27,7 +27,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ditblocks import DiTUpdateFormer
+from reporting import describe_machine, print_table, spread, synchronize
 
 HIDDEN_SIZE = 384
 NUM_HEADS = 6
@@ -336,11 +336,6 @@ def check_agreement(
 # ---------------------------------------------------------------------------------------------
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_call(function: Callable[[], object], device: str) -> float:
     """Return the wall-clock seconds of one call, synchronising the device around it."""
     synchronize(device)
@@ -527,29 +522,6 @@ def measure_memory(variant: str, shape: Shape, args: argparse.Namespace) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
-def describe_machine(device: str) -> str:
-    model_name = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                model_name = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    text = (
-        f"{model_name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, Python {platform.python_version()}"
-    )
-    if device == "cuda":
-        text += f", {torch.cuda.get_device_name()}"
-    return text + f", load average {os.getloadavg()[0]:.2f} at start"
-
-
-def spread(values: list[float]) -> str:
-    """Format the median with the min-max range."""
-    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
-
-
 def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
 
@@ -626,14 +598,6 @@ def benchmark_memory(shape: Shape, args: argparse.Namespace) -> list[tuple[str, 
             )
         )
     return rows
-
-
-def print_table(title: str, rows: list[tuple[str, str]]) -> None:
-    print(f"\n{title}\n")
-    print("| figure | value |")
-    print("| --- | --- |")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
