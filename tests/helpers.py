@@ -8,7 +8,7 @@ def perturb_modulation(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.
     """Give every adaLN modulation Linear random weights, as training would.
 
     At initialisation every gate is zero and each block is the identity, so properties such as
-    causality or mask independence would hold trivially; after this they are tested for real.
+    causality or mask independence would hold trivially. After this call they are tested for real.
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

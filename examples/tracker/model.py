@@ -611,7 +611,7 @@ class DiffusionIntentTracker(nn.Module):
     def _x0_clipping(self) -> dict[str, Any]:
         """Return DDIM options that bound the predicted clean sample of an epsilon model.
 
-        With the cosine schedule, alpha_bar at the noisiest timestep is about 1e-9, and DDIM's
+        With the cosine schedule, alpha_bar at the noisiest timestep is about 1e-9. DDIM's
         clean-sample estimate from an epsilon prediction divides by its square root, so a
         small error in the first step's epsilon becomes a displacement of thousands of
         pixels. The targets are normalised to unit standard deviation per channel, so

@@ -68,7 +68,7 @@ class TrackerConfig:
             that ``predict`` without a hand query stays within the training distribution.
         use_depth: Add a depth patch embedding and the depth at each query point.
         use_appearance: Add the RGB value and the ViT feature at each query point to its
-            track tokens, so that a point knows which object it lies on.
+            track tokens, so that each point carries the identity of the object it lies on.
         pooled_text_conditioning: Add an embedding of the mean text token to the timestep
             embedding ``c``, as DiT adds its class embedding. Every adaLN-Zero block is then
             modulated by the instruction, which lets a token's MLP combine its appearance with

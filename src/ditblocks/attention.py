@@ -23,7 +23,7 @@ class Attention(nn.Module):
     ``context`` whose width may differ from ``dim``.
 
     Masks are boolean and True means attend. A key-padding mask ``(B, S)`` and an attention
-    mask ``(L, S)`` or ``(B, L, S)`` may be given together; they are combined into one boolean
+    mask ``(L, S)`` or ``(B, L, S)`` may be given together. They are combined into one boolean
     mask that broadcasts over the heads and is never expanded to ``(B, heads, L, S)``. A query
     whose keys are all masked gets zeros from attention, never NaN, and passes no gradient.
 
@@ -312,8 +312,8 @@ def _combine_masks(
         expanded = attn_mask[None, None] if attn_mask.dim() == 2 else attn_mask[:, None]
         mask = expanded if mask is None else mask & expanded
     if mask is None:
-        # Causal attention alone needs no merged mask: the kernel applies it, and every query
-        # sees at least its own key.
+        # Causal attention alone needs no merged mask because the kernel applies it, and every
+        # query attends at least to its own key.
         return None, None
     if is_causal:
         mask = mask & _causal_mask(length, keys, device)

@@ -346,7 +346,7 @@ def test_predict_displacement_in_pixels_scales_with_normalizer():
 def test_predict_first_step_from_pure_noise_stays_bounded(prediction_type):
     # An untrained epsilon model predicts zero noise, so DDIM's clean-sample estimate at the
     # noisiest timestep is the noise divided by sqrt(alpha_bar), about 1e-4 with the cosine
-    # schedule; without clipping that is a displacement of tens of thousands of pixels.
+    # schedule. Without clipping that is a displacement of tens of thousands of pixels.
     model = tiny_model(prediction_type=prediction_type, beta_schedule="squaredcos_cap_v2")
     batch = make_batch(model.config)
     model.normalizer.track_std.fill_(4.0)
